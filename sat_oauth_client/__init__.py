@@ -1,0 +1,39 @@
+"""sat_oauth_client: OAuth 2.0 access tokens for workloads, with the platform's rotating service
+account token as the only credential (RFC 7523 client assertion, as the IETF WIMSE draft
+"Workload Identity Practices" describes). No client secret, ever.
+"""
+
+from __future__ import annotations
+
+from ._api import afetch_token, fetch_token
+from ._exceptions import (
+    ConfigurationError,
+    DiscoveryError,
+    OAuthError,
+    SatOAuthError,
+    TokenEndpointError,
+    TokenFileError,
+)
+from ._models import AccessToken
+from ._source import FileTokenSource
+
+__all__ = [
+    "AccessToken",
+    "ConfigurationError",
+    "DiscoveryError",
+    "FileTokenSource",
+    "OAuthError",
+    "SatOAuthError",
+    "TokenEndpointError",
+    "TokenFileError",
+    "afetch_token",
+    "fetch_token",
+]
+
+__version__ = "0.1.0"
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("sat_oauth_client._"):
+        _obj.__module__ = "sat_oauth_client"
+del _name, _obj

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sat_oauth_client
+from sat_oauth_client.testing import FakeKubelet, LocalAuthorizationServer
+
+
+def test_public_namespace_matches_all() -> None:
+    public = {n for n in dir(sat_oauth_client) if not n.startswith("_")} - {
+        "testing",
+        "annotations",
+    }
+    assert public == set(sat_oauth_client.__all__)
+    assert sat_oauth_client.__all__ == sorted(sat_oauth_client.__all__)
+
+
+def test_fetch_token_end_to_end(
+    fake_kubelet: FakeKubelet, local_as: LocalAuthorizationServer
+) -> None:
+    token = sat_oauth_client.fetch_token(
+        token_endpoint=local_as.token_endpoint, token_file=fake_kubelet.token_path
+    )
+    assert token.access_token in local_as.issued
+    assert token.access_token not in repr(token)
+    assert local_as.requests[-1].assertion == fake_kubelet.current_token
