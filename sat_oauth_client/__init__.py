@@ -6,6 +6,7 @@ account token as the only credential (RFC 7523 client assertion, as the IETF WIM
 from __future__ import annotations
 
 from ._api import afetch_token, fetch_token
+from ._auth import BearerAuth
 from ._exceptions import (
     ConfigurationError,
     DiscoveryError,
@@ -14,11 +15,14 @@ from ._exceptions import (
     TokenEndpointError,
     TokenFileError,
 )
+from ._manager import AsyncTokenManager, TokenManager
 from ._models import AccessToken
 from ._source import FileTokenSource
 
 __all__ = [
     "AccessToken",
+    "AsyncTokenManager",
+    "BearerAuth",
     "ConfigurationError",
     "DiscoveryError",
     "FileTokenSource",
@@ -26,6 +30,7 @@ __all__ = [
     "SatOAuthError",
     "TokenEndpointError",
     "TokenFileError",
+    "TokenManager",
     "afetch_token",
     "fetch_token",
 ]
