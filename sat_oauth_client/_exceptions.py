@@ -25,6 +25,7 @@ __all__ = [
     "scrub",
 ]
 
+import re
 from collections.abc import Iterable
 
 
@@ -87,16 +88,20 @@ class DiscoveryError(SatOAuthError):
 
 
 _MIN_SECRET_PART = 8
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{8,}")
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Remove every secret, and every dot-separated part of one (a JWT's segments), from text."""
+    """Remove every secret, every dot-separated part of one (a JWT's segments), and every run of
+    token characters that is a piece of one, from text."""
+    whole = tuple(s for s in secrets if s)
     parts: set[str] = set()
-    for secret in secrets:
-        if not secret:
-            continue
+    for secret in whole:
         parts.add(secret)
         parts.update(p for p in secret.split(".") if len(p) >= _MIN_SECRET_PART)
     for part in sorted(parts, key=len, reverse=True):
         text = text.replace(part, "[redacted]")
-    return text
+    # an echo cut short (by the server, or by our excerpt) leaves a piece of a segment
+    return _TOKEN_RUN.sub(
+        lambda m: "[redacted]" if any(m.group() in s for s in whole) else m.group(), text
+    )
