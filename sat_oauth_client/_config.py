@@ -122,6 +122,8 @@ def build_settings(**config: Any) -> Settings:
     if unknown:
         raise ConfigurationError(f"unknown configuration keyword(s): {', '.join(unknown)}")
     values = {k: v for k, v in config.items() if v is not None}
+    if isinstance(values.get("token_file"), os.PathLike):
+        values["token_file"] = os.fspath(values["token_file"])
     for name in _STRING_FIELDS:
         if name in values and not (isinstance(values[name], str) and values[name].strip()):
             raise ConfigurationError(f"{name} must be a non-empty string")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 __all__ = ["drive_async", "drive_sync"]
 
-from collections.abc import Generator
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncGenerator, Generator
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -26,6 +27,14 @@ class _BodyLimit:
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
+
+    def declared_too_large(self, streamed: httpx.Response) -> bool:
+        """A Content-Length over the limit: no need to read a byte of it."""
+        length = streamed.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
+            self.full(b"\0" * (MAX_RESPONSE_BYTES + 1))
+            return True
+        return False
 
     def full(self, chunk: bytes) -> bool:
         self.chunks.append(chunk)
@@ -75,9 +84,10 @@ def drive_sync(flow: Generator[Action, Any, T], client: httpx.Client, source: Fi
                 streamed = client.send(request, stream=True, auth=None, follow_redirects=False)
                 try:
                     body = _BodyLimit()
-                    for chunk in streamed.iter_bytes():
-                        if body.full(chunk):
-                            break
+                    if not body.declared_too_large(streamed):
+                        for chunk in streamed.iter_bytes():
+                            if body.full(chunk):
+                                break
                     reply = body.response(streamed)
                 finally:
                     streamed.close()
@@ -109,9 +119,12 @@ async def drive_async(
                 )
                 try:
                     body = _BodyLimit()
-                    async for chunk in streamed.aiter_bytes():
-                        if body.full(chunk):
-                            break
+                    if not body.declared_too_large(streamed):
+                        stream = cast(AsyncGenerator[bytes, None], streamed.aiter_bytes())
+                        async with contextlib.aclosing(stream) as chunks:
+                            async for chunk in chunks:
+                                if body.full(chunk):
+                                    break
                     reply = body.response(streamed)
                 finally:
                     await streamed.aclose()

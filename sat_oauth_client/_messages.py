@@ -87,7 +87,7 @@ def retry_after_seconds(response: httpx.Response, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -125,14 +125,11 @@ def _fail(
 def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
+    if not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
         return None
     return number if math.isfinite(number) and number >= 0 else None
 
@@ -163,9 +160,11 @@ def parse_token_response(
         raise _fail(response, f"redirect to {location} not followed (check the URL)", requested_at)
     try:
         body = json.loads(response.content) if response.content else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         body = _NOT_JSON
     error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        error = scrub(error, secrets)
     if response.status_code in TRANSIENT_STATUSES or response.status_code >= 500:
         what = "the server is unavailable or overloaded"
         if isinstance(error, str):

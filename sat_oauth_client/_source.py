@@ -18,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import jwt
+import jwt.utils
+
 from . import _testmode, _watch
 from ._claims import SatClaims, decode_claims
 from ._exceptions import TokenFileError
@@ -173,8 +176,10 @@ class FileTokenSource:
     def _read_once(self) -> SatSnapshot:
         try:
             with open(self.path, "rb") as file:
-                key = _stat_key(os.fstat(file.fileno()))
+                before = os.fstat(file.fileno())
                 data = file.read(MAX_TOKEN_BYTES + 1)
+                after = os.fstat(file.fileno())
+            key = _stat_key(after)
         except FileNotFoundError:
             raise _Transient("file not found (is the projected volume mounted?)") from None
         except IsADirectoryError:
@@ -186,6 +191,10 @@ class FileTokenSource:
         except OSError as exc:
             reason = errno.errorcode.get(exc.errno or 0, "I/O error")
             raise TokenFileError(self.path, f"cannot be read ({reason})") from None
+        if _stat_key(before) != key or (
+            len(data) <= MAX_TOKEN_BYTES and len(data) != after.st_size
+        ):
+            raise _Transient("changed while being read (a non-atomic writer?)")
         if len(data) > MAX_TOKEN_BYTES:
             raise TokenFileError(self.path, f"is larger than {MAX_TOKEN_BYTES} bytes; not a token")
         try:
@@ -196,6 +205,33 @@ class FileTokenSource:
             raise _Transient("is empty")
         try:
             claims = decode_claims(value)
+            _check_signature_shape(value)
         except ValueError as exc:
             raise _Transient(f"does not hold a JWT: {exc}") from None
         return SatSnapshot(value=value, claims=claims, key=key)
+
+
+# Signature sizes in bytes by algorithm; an RSA signature is as long as the key's modulus.
+_SIGNATURE_BYTES = {"ES256": (64,), "ES384": (96,), "ES512": (132,), "EdDSA": (64, 114)}
+
+
+def _check_signature_shape(token: str) -> None:
+    """A platform token is always signed: a missing or short signature is a partial read (a
+    non-atomic writer caught mid-write), not a token to send."""
+    signature = token.rsplit(".", 1)[1]
+    if not signature:
+        raise ValueError("no signature (unsigned, or cut short)")
+    try:
+        size = len(jwt.utils.base64url_decode(signature))
+    except (ValueError, TypeError):
+        raise ValueError("signature is not base64url") from None
+    if len(signature) != (4 * size + 2) // 3:
+        raise ValueError("signature is cut short")
+    alg = jwt.get_unverified_header(token).get("alg")
+    if not isinstance(alg, str):
+        return
+    expected = _SIGNATURE_BYTES.get(alg)
+    if expected is not None and size not in expected:
+        raise ValueError(f"signature has {size} bytes; {alg} needs {expected[0]}")
+    if alg[:2] in ("RS", "PS") and (size < 128 or size % 128):
+        raise ValueError(f"signature has {size} bytes; not a whole RSA signature")
