@@ -5,8 +5,11 @@ account token as the only credential (RFC 7523 client assertion, as the IETF WIM
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._api import afetch_token, fetch_token
 from ._auth import BearerAuth
+from ._config import env_config as config_from_env
 from ._exceptions import (
     ConfigurationError,
     DiscoveryError,
@@ -32,10 +35,14 @@ __all__ = [
     "TokenFileError",
     "TokenManager",
     "afetch_token",
+    "config_from_env",
     "fetch_token",
 ]
 
 __version__ = "0.1.0"
+
+# A library adds no output of its own: applications choose where warnings go.
+_logging.getLogger("sat_oauth_client").addHandler(_logging.NullHandler())
 
 for _name in __all__:
     _obj = globals()[_name]

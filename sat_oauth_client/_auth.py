@@ -8,12 +8,18 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
+from ._exceptions import ConfigurationError
 from ._manager import AsyncTokenManager, TokenManager
 from ._models import AccessToken
 
 
 def _authorize(request: httpx.Request, token: AccessToken) -> httpx.Request:
-    request.headers["Authorization"] = f"{token.token_type} {token.access_token}"
+    if token.token_type != "Bearer":  # e.g. N_A from a token exchange, or DPoP
+        raise ConfigurationError(
+            f"the authorization server issued a {token.token_type!r} token; "
+            "BearerAuth can only send Bearer tokens"
+        )
+    request.headers["Authorization"] = f"Bearer {token.access_token}"
     return request
 
 

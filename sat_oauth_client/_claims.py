@@ -17,6 +17,8 @@ import jwt
 
 KUBERNETES_API_AUDIENCE_PREFIX = "https://kubernetes.default.svc"
 KEYCLOAK_MAX_AGE = 3600.0
+# Audiences that name a token-exchange service rather than the AS issuer, by design (Entra).
+EXCHANGE_AUDIENCES = frozenset(("api://AzureADTokenExchange",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ def sat_warnings(claims: SatClaims, *, issuer: str | None, now: float) -> list[s
             "aud names the Kubernetes API server; a token for the API must not be sent to "
             "another party: project a token with the AS as its audience"
         )
-    if issuer is not None and aud and issuer not in aud:
+    if issuer is not None and aud and issuer not in aud and not set(aud) & EXCHANGE_AUDIENCES:
         warnings.append(
             f"aud {list(aud)} does not contain the AS issuer {issuer}; "
             "RFC 7523bis requires aud to be the issuer"

@@ -111,7 +111,7 @@ def check_url(name: str, value: str, allow_insecure_http: bool) -> None:
     if url.scheme == "http":
         raise ConfigurationError(
             f"{name} {value} uses plain http to a non-loopback host; use https "
-            "(or allow_insecure_http=True for a test network)"
+            "(or allow_insecure_http=True, --allow-insecure-http, for a test network)"
         )
     raise ConfigurationError(f"{name} must be an https URL, got {value!r}")
 
@@ -195,7 +195,9 @@ _ENV_NAMES = (
 
 
 def env_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Read `SAT_OAUTH_<NAME>` variables; `resource` and `audience` may be space-separated lists."""
+    """The configuration keywords set by `SAT_OAUTH_<NAME>` variables, for any entry point:
+    `fetch_token(**config_from_env(), scope="...")`. `resource` and `audience` may be
+    space-separated lists."""
     environ = os.environ if environ is None else environ
     config: dict[str, Any] = {}
     for name in _ENV_NAMES:

@@ -80,12 +80,12 @@ class Exchange:
 
     def flow(self) -> Generator[Action, Any, AccessToken]:
         """Discover (once), read the token, request with retries; re-read once after a race."""
+        sat: SatSnapshot = yield ReadSat()  # first: a bad file is the likelier, local problem
+        self._warn_about(sat)
         endpoint = self.endpoint
         if endpoint is None:
             endpoint = yield from self._discover()
             self.endpoint = endpoint
-        sat: SatSnapshot = yield ReadSat()
-        self._warn_about(sat)
         raced = False
         while True:
             requested_at = self.settings.clock()

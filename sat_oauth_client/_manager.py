@@ -107,6 +107,12 @@ class _ManagerBase(Generic[E]):
         with self._lock:
             self._state.invalidate(token)
 
+    def _mark_closed(self) -> None:
+        """From now on every call raises; dropping the entry sends even the cached path there."""
+        with self._lock:
+            self._closed = True
+            self._state.entry = None
+
     def _decide(self, force_refresh: bool, make_event: type[E]) -> tuple[Decision, Any]:
         """Under the lock: ask the brain, start a flight if it says so. Returns the decision and
         either the cached token (USE_CACHED, REFRESH_IN_BACKGROUND) or the flight to wait on."""
@@ -220,8 +226,7 @@ class TokenManager(_ManagerBase[threading.Event]):
 
     def close(self) -> None:
         """Stop the watcher, wait for a background refresh, close the HTTP client we opened."""
-        with self._lock:
-            self._closed = True
+        self._mark_closed()
         for thread in list(self._threads):
             thread.join(timeout=self._settings.timeout + 1)
         self._source.close()
@@ -288,8 +293,7 @@ class AsyncTokenManager(_ManagerBase[anyio.Event]):
 
     async def aclose(self) -> None:
         """Cancel a refresh in flight, stop the watcher, close the HTTP client we opened."""
-        with self._lock:
-            self._closed = True
+        self._mark_closed()
         for scope in list(self._scopes):
             scope.cancel()
         self._source.close()
