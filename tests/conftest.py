@@ -8,6 +8,11 @@ import pytest
 
 from sat_oauth_client.testing import testing_mode
 
+# Our own plugin is turned off by name in pyproject's addopts and loaded here instead: an entry-
+# point plugin is imported before pytest-cov starts, which would hide our module-level lines from
+# coverage. Users get it through the entry point (test_smoke checks it is registered).
+pytest_plugins = ["sat_oauth_client.testing._plugin"]
+
 
 @pytest.fixture(autouse=True)
 def _no_backoff_waits() -> Iterator[None]:

@@ -21,3 +21,10 @@ def test_fetch_token_end_to_end(
     assert token.access_token in local_as.issued
     assert token.access_token not in repr(token)
     assert local_as.requests[-1].assertion == fake_kubelet.current_token
+
+
+def test_pytest_plugin_entry_point_is_registered() -> None:
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
+    assert plugins.get("sat_oauth_client") == "sat_oauth_client.testing._plugin"
