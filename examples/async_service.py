@@ -28,23 +28,10 @@ import httpx
 from sat_oauth_client import (
     AsyncTokenManager,
     BearerAuth,
-    ConfigurationError,
-    OAuthError,
     SatOAuthError,
-    TokenFileError,
 )
 
 log = logging.getLogger("async_service")
-
-
-def exit_code_for(error: SatOAuthError) -> int:
-    if isinstance(error, ConfigurationError):
-        return 2
-    if isinstance(error, TokenFileError):
-        return 3
-    if isinstance(error, OAuthError):
-        return 4
-    return 5
 
 
 async def run(
@@ -131,7 +118,7 @@ def main(*, handle_signals: bool = False, **overrides: Any) -> int:
         return anyio.run(lambda: run(**kwargs), backend=backend)
     except SatOAuthError as exc:  # messages never contain the SAT or an access token
         print(f"no access token: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     except httpx.HTTPError as exc:
         print(f"API call failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 5

@@ -34,25 +34,11 @@ import httpx
 
 from sat_oauth_client import (
     BearerAuth,
-    ConfigurationError,
-    OAuthError,
     SatOAuthError,
-    TokenFileError,
     TokenManager,
 )
 
 log = logging.getLogger("microservice")
-
-
-def exit_code_for(error: SatOAuthError) -> int:
-    """The CLI's exit codes, so that scripts and orchestrators can tell failures apart."""
-    if isinstance(error, ConfigurationError):
-        return 2
-    if isinstance(error, TokenFileError):
-        return 3
-    if isinstance(error, OAuthError):
-        return 4
-    return 5
 
 
 def run(
@@ -107,7 +93,7 @@ def main(stop: threading.Event | None = None, **overrides: Any) -> int:
         )
     except SatOAuthError as exc:  # messages never contain the SAT or an access token
         print(f"no access token: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     except httpx.HTTPError as exc:
         print(f"API call failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 5

@@ -25,23 +25,10 @@ from typing import Any
 import httpx
 
 from sat_oauth_client import (
-    ConfigurationError,
-    OAuthError,
     SatOAuthError,
-    TokenFileError,
     config_from_env,
     fetch_token,
 )
-
-
-def exit_code_for(error: SatOAuthError) -> int:
-    if isinstance(error, ConfigurationError):
-        return 2
-    if isinstance(error, TokenFileError):
-        return 3
-    if isinstance(error, OAuthError):
-        return 4
-    return 5
 
 
 def main(**overrides: Any) -> int:
@@ -49,7 +36,7 @@ def main(**overrides: Any) -> int:
         token = fetch_token(**{**config_from_env(), **overrides})
     except SatOAuthError as exc:  # messages never contain the SAT or an access token
         print(f"no access token: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     print(token)  # AccessToken(access_token=<redacted>, token_type='Bearer', expires_at=...)
 
     api_url = os.environ.get("API_URL", "").strip()

@@ -34,16 +34,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
-from ._claims import SatClaims, decode_claims, fingerprint, sat_warnings
+from ._claims import SatClaims, fingerprint, sat_warnings
 from ._config import GRANTS, env_config
 from ._exceptions import (
     ConfigurationError,
-    DiscoveryError,
-    OAuthError,
     SatOAuthError,
-    TokenEndpointError,
     TokenFileError,
 )
+from ._source import FileTokenSource
 
 if TYPE_CHECKING:
     from .testing import FakeKubelet, LocalAuthorizationServer
@@ -51,15 +49,11 @@ if TYPE_CHECKING:
 PROG = "sat-oauth-client"
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_TOKEN_FILE = 3
-EXIT_REFUSED = 4
-EXIT_TRANSPORT = 5
+EXIT_USAGE = 2  # the others: each exception's `exit_code` (3 token file, 4 refused, 5 transport)
 EXIT_INTERRUPTED = 130
 
 _LOGGER_NAME = "sat_oauth_client"
-_MAX_TOKEN_FILE_BYTES = 64 * 1024
-_ENTRA_AUDIENCE = "api://AzureADTokenExchange"
+_ENTRA_AUDIENCE = "api://AzureADTokenExchange"  # also in _claims.EXCHANGE_AUDIENCES
 _ENTRA_HOSTS = ("login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us")
 _KEYCLOAK_MAX_AGE = 3600.0
 _RACE_WINDOW = 1.0  # demo: a request this soon after a rotation may carry the previous SAT
@@ -103,16 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _logging_to_stderr(args.verbose):
         try:
             return run(args)
-        except ConfigurationError as exc:
-            return _error(str(exc), EXIT_USAGE)
-        except TokenFileError as exc:
-            return _error(str(exc), EXIT_TOKEN_FILE)
-        except OAuthError as exc:
-            return _error(str(exc), EXIT_REFUSED)
-        except (TokenEndpointError, DiscoveryError) as exc:
-            return _error(str(exc), EXIT_TRANSPORT)
         except SatOAuthError as exc:
-            return _error(str(exc), EXIT_FAILED)
+            return _error(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             return _error("interrupted", EXIT_INTERRUPTED)
 
@@ -343,30 +329,6 @@ def _cmd_token(args: argparse.Namespace) -> int:
 # -- inspect ---------------------------------------------------------------------------------------
 
 
-def _read_token_file(path: str) -> str:
-    """The file's content, stripped; `TokenFileError` (path and reason, never content) otherwise."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(_MAX_TOKEN_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise TokenFileError(path, "file not found (is the projected volume mounted?)") from None
-    except IsADirectoryError:
-        raise TokenFileError(path, "is a directory, not a token file") from None
-    except PermissionError:
-        raise TokenFileError(path, "permission denied") from None
-    except OSError as exc:
-        raise TokenFileError(path, f"cannot be read ({exc.strerror or 'I/O error'})") from None
-    if len(data) > _MAX_TOKEN_FILE_BYTES:
-        raise TokenFileError(path, f"is larger than {_MAX_TOKEN_FILE_BYTES} bytes; not a token")
-    try:
-        value = data.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise TokenFileError(path, "is not ASCII text; not a JWT") from None
-    if not value:
-        raise TokenFileError(path, "is empty")
-    return value
-
-
 def _header(token: str, path: str) -> dict[str, Any]:
     import jwt
 
@@ -409,12 +371,10 @@ def inspect_token_file(
 ) -> Inspection:
     """Read and decode the token file and collect warnings (from `sat_warnings`, plus expiry and
     the interop rules of known authorization servers). Sends nothing anywhere."""
-    token = _read_token_file(path)
-    try:
-        claims = decode_claims(token)
-    except ValueError as exc:
-        raise TokenFileError(path, f"does not hold a JWT: {exc}") from None
-    header = _header(token, path)
+    with FileTokenSource(path, watch=False) as source:
+        snapshot = source.peek()  # expired tokens are shown too: that is what inspect is for
+    claims = snapshot.claims
+    header = _header(snapshot.value, path)
     # Entra wants aud api://AzureADTokenExchange, not its issuer: the issuer check does not apply
     # there (the Entra notes check aud instead).
     checked_issuer = None if _is_entra(claims, issuer) else issuer

@@ -30,15 +30,25 @@ from collections.abc import Iterable
 
 
 class SatOAuthError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    `exit_code` is what the command line exits with for it, so that scripts and orchestrators
+    built on the package can tell failures apart the same way.
+    """
+
+    exit_code: int = 1
 
 
 class ConfigurationError(SatOAuthError, ValueError):
     """The configuration cannot work (missing endpoint, plain http to a remote host, ...)."""
 
+    exit_code = 2
+
 
 class TokenFileError(SatOAuthError):
     """The platform token file cannot be used. Names the path and the reason, never the content."""
+
+    exit_code = 3
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -48,6 +58,8 @@ class TokenFileError(SatOAuthError):
 
 class OAuthError(SatOAuthError):
     """The authorization server refused the request (RFC 6749 section 5.2 error response)."""
+
+    exit_code = 4
 
     def __init__(
         self,
@@ -75,6 +87,8 @@ class TokenEndpointError(SatOAuthError):
     None when none came. `retry_after` is the server's Retry-After, in seconds, when it sent one.
     """
 
+    exit_code = 5
+
     def __init__(
         self, message: str, *, status_code: int | None = None, retry_after: float | None = None
     ) -> None:
@@ -85,6 +99,8 @@ class TokenEndpointError(SatOAuthError):
 
 class DiscoveryError(SatOAuthError):
     """Authorization server metadata could not be fetched or does not match the issuer."""
+
+    exit_code = 5
 
 
 _MIN_SECRET_PART = 8

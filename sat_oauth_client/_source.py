@@ -107,6 +107,11 @@ class FileTokenSource:
                 raise TokenFileError(self.path, self._expired_reason(snapshot))
             return snapshot
 
+    def peek(self) -> SatSnapshot:
+        """Read now (with the brief retries) even if the token expired: for diagnostics."""
+        with self._lock:
+            return self._load()
+
     def changed_since(self, value: str) -> SatSnapshot | None:
         """Re-read now; the new snapshot if the token differs from `value`, else None."""
         with self._lock:
