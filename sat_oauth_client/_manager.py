@@ -153,6 +153,8 @@ class _ManagerBase(Generic[E]):
             else:
                 assert error is not None
                 self._state.failed(error, self._clock())
+            if self._closed:
+                self._state.entry = None  # a refresh that outlived close() must not revive it
             if self._flight is flight:
                 self._flight = None
         if error is not None and background:
