@@ -59,6 +59,11 @@ class Fault:
     delay: float = 0.0
 
 
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # http.server's default (5) resets clients under concurrent load
+
+
 class LocalAuthorizationServer:
     """An OAuth AS on loopback for tests and the demo.
 
@@ -93,8 +98,7 @@ class LocalAuthorizationServer:
         self._accept_any_subject = True
         self._lock = threading.Lock()
         self._request_seen = threading.Condition(self._lock)
-        self._httpd = http.server.ThreadingHTTPServer((host, 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((host, 0), self._handler_class())
         self._thread: threading.Thread | None = None
 
     # -- configuration ---------------------------------------------------------------------------
