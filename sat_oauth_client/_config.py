@@ -13,7 +13,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import httpx
 
@@ -208,6 +208,12 @@ def env_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return config
 
 
-def settings_from_env(overrides: Mapping[str, Any]) -> Settings:
-    """`from_env`: environment first, keyword overrides win."""
-    return build_settings(**{**env_config(), **cast(dict[str, Any], overrides)})
+def merge_env(env: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword overrides win over the environment; an endpoint given either way (token_endpoint
+    or issuer) replaces both of the environment's, since exactly one may be set."""
+    merged = dict(env)
+    if "token_endpoint" in overrides or "issuer" in overrides:
+        merged.pop("token_endpoint", None)
+        merged.pop("issuer", None)
+    merged.update(overrides)
+    return merged

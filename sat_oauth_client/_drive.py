@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["drive_async", "drive_sync"]
 
 import contextlib
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -19,6 +19,7 @@ from ._source import FileTokenSource, SatSnapshot
 
 T = TypeVar("T")
 _DROP_HEADERS = frozenset(("content-encoding", "content-length", "transfer-encoding"))
+_CALLER_CREDENTIALS = ("Authorization", "Cookie", "Proxy-Authorization")
 
 
 class _BodyLimit:
@@ -54,21 +55,31 @@ class _BodyLimit:
 
 
 def _prepare(client: httpx.Client | httpx.AsyncClient, request: httpx.Request) -> httpx.Request:
-    """Merge the caller's client defaults (headers, cookies) into our request."""
-    return client.build_request(
+    """Merge the caller's client defaults (e.g. a User-Agent) into our request, but never its
+    credentials: an API key or cookie meant for an API must not reach the token endpoint."""
+    prepared = client.build_request(
         request.method,
         request.url,
         headers=request.headers,
         content=request.content,
         extensions=request.extensions,
     )
+    for name in _CALLER_CREDENTIALS:
+        if name not in request.headers:
+            prepared.headers.pop(name, None)
+    return prepared
 
 
 def _read_sat(source: FileTokenSource, action: ReadSat) -> SatSnapshot | None:
     return source.snapshot() if action.previous is None else source.changed_since(action.previous)
 
 
-def drive_sync(flow: Generator[Action, Any, T], client: httpx.Client, source: FileTokenSource) -> T:
+def drive_sync(
+    flow: Generator[Action, Any, T],
+    client: httpx.Client,
+    source: FileTokenSource,
+    pause: Callable[[float], None] | None = None,
+) -> T:
     """Run a flow with blocking I/O. Redirects are never followed; no client auth is applied."""
     reply: Any = None
     error: BaseException | None = None
@@ -92,7 +103,7 @@ def drive_sync(flow: Generator[Action, Any, T], client: httpx.Client, source: Fi
                 finally:
                     streamed.close()
             elif isinstance(action, Sleep):
-                _testmode.pause(action.seconds)
+                (pause or _testmode.pause)(action.seconds)
             else:
                 reply = _read_sat(source, action)
         except Exception as exc:  # handed to the flow, which decides

@@ -100,9 +100,9 @@ class Exchange:
             )
             try:
                 response = yield from self._send_with_retries(request)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:  # transport errors after retries; undecodable bodies
                 raise TokenEndpointError(
-                    f"token endpoint {endpoint} could not be reached: {type(exc).__name__}"
+                    f"token endpoint {endpoint} failed: {type(exc).__name__}"
                     f"{': ' + str(exc) if str(exc) else ''}",
                 ) from None
             try:
@@ -171,8 +171,8 @@ class Exchange:
             )
             try:
                 response = yield from self._send_with_retries(request)
-            except httpx.TransportError as exc:
-                raise DiscoveryError(f"{url} could not be reached: {type(exc).__name__}") from None
+            except httpx.RequestError as exc:
+                raise DiscoveryError(f"{url} failed: {type(exc).__name__}") from None
             last = index == len(urls) - 1
             if 400 <= response.status_code < 500 and not last:
                 continue  # not served at the RFC 8414 location: try OpenID's

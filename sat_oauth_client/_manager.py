@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import anyio
 import httpx
 
-from ._config import Settings, build_settings, env_config
+from ._config import Settings, build_settings, env_config, merge_env
 from ._drive import drive_async, drive_sync
 from ._exceptions import ConfigurationError, SatOAuthError
 from ._exchange import Exchange
 from ._models import AccessToken
 from ._source import FileTokenSource
 from ._state import Decision, RefreshPolicy, TokenState
+from ._testmode import is_testing
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -47,11 +48,13 @@ class _Flight(Generic[E]):
 
     def finish(self, token: AccessToken | None, error: BaseException | None) -> None:
         self.token, self.error = token, error
+        self.traceback = error.__traceback__ if error is not None else None
         self.event.set()
 
     def outcome(self) -> AccessToken:
         if self.error is not None:
-            raise self.error
+            # every waiter raises the same object: reset its traceback so it cannot grow per raise
+            raise self.error.with_traceback(self.traceback)
         assert self.token is not None
         return self.token
 
@@ -87,6 +90,7 @@ class _ManagerBase(Generic[E]):
         self._lock = threading.Lock()  # only ever held for brain calls: never across I/O or await
         self._flight: _Flight[E] | None = None
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): interrupts retry waits
         self._source = FileTokenSource(
             self._settings.token_file, watch=self._settings.watch, clock=self._clock
         )
@@ -94,7 +98,7 @@ class _ManagerBase(Generic[E]):
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
         """Configuration from `SAT_OAUTH_*` variables; keyword overrides win."""
-        return cls(**{**env_config(), **overrides})
+        return cls(**merge_env(env_config(), overrides))
 
     def __repr__(self) -> str:
         s = self._settings
@@ -111,7 +115,8 @@ class _ManagerBase(Generic[E]):
         """From now on every call raises; dropping the entry sends even the cached path there."""
         with self._lock:
             self._closed = True
-            self._state.entry = None
+            self._state.invalidate()
+        self._stopping.set()
 
     def _decide(self, force_refresh: bool, make_event: type[E]) -> tuple[Decision, Any]:
         """Under the lock: ask the brain, start a flight if it says so. Returns the decision and
@@ -128,7 +133,7 @@ class _ManagerBase(Generic[E]):
                 return decision, entry.token
             if decision is Decision.RAISE_REFUSAL:
                 assert self._state.refusal is not None
-                raise self._state.refusal
+                raise self._state.refusal.with_traceback(None)
             if decision is Decision.JOIN_IN_FLIGHT:
                 return decision, self._flight
             self._state.begin()
@@ -154,10 +159,10 @@ class _ManagerBase(Generic[E]):
                 assert error is not None
                 self._state.failed(error, self._clock())
             if self._closed:
-                self._state.entry = None  # a refresh that outlived close() must not revive it
+                self._state.invalidate()  # a refresh that outlived close() must not revive it
             if self._flight is flight:
                 self._flight = None
-        if error is not None and background:
+        if error is not None and background and not self._closed:
             logger.warning(
                 "background token refresh failed; serving the cached token until it expires",
                 extra={
@@ -206,6 +211,13 @@ class TokenManager(_ManagerBase[threading.Event]):
         flight.event.wait()
         return flight.outcome()  # type: ignore[no-any-return]
 
+    def _pause(self, seconds: float) -> None:
+        """A retry wait that close() cuts short (no token request goes out after close)."""
+        if is_testing():
+            seconds = 0.0
+        if self._stopping.wait(seconds) or self._closed:
+            raise SatOAuthError(f"{type(self).__name__} is closed")
+
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
@@ -217,7 +229,9 @@ class TokenManager(_ManagerBase[threading.Event]):
         token: AccessToken | None = None
         error: BaseException | None = None
         try:
-            token = drive_sync(self._exchange.flow(), self._http(), self._source)
+            if self._closed:
+                raise SatOAuthError(f"{type(self).__name__} is closed")
+            token = drive_sync(self._exchange.flow(), self._http(), self._source, self._pause)
         except BaseException as exc:  # waiters must always be woken, whatever happened
             error = exc
         finally:
@@ -281,6 +295,8 @@ class AsyncTokenManager(_ManagerBase[anyio.Event]):
         error: BaseException | None = None
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
+            if self._closed:  # aclose() ran before this task started
+                scope.cancel()
             try:
                 if self._client is None:
                     self._client = httpx.AsyncClient(timeout=self._settings.timeout)

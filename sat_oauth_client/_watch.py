@@ -99,6 +99,9 @@ def subscribe(directory: str, names: frozenset[str], callback: Callable[[], None
     directory = os.path.abspath(directory)
     with _registry_lock:
         watcher = _registry.get(directory)
+        if watcher is not None and not watcher.thread.is_alive():
+            watcher.stop_event.set()  # it died (directory missing, fork): start a fresh one
+            watcher = None
         start = watcher is None
         if watcher is None:
             watcher = _registry[directory] = _DirectoryWatcher(directory)

@@ -19,7 +19,7 @@ from sat_oauth_client import (
     afetch_token,
     fetch_token,
 )
-from sat_oauth_client._config import build_settings, env_config, settings_from_env
+from sat_oauth_client._config import Settings, build_settings, env_config, merge_env
 from sat_oauth_client._discovery import metadata_urls
 
 HS_KEY = "a-test-hmac-key-that-is-at-least-32-bytes-long"
@@ -503,6 +503,20 @@ def test_env_config_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         "token_file": "/tokens/t",
         "resource": ["https://one.example"],
     }
+
+
+def settings_from_env(overrides: dict[str, str]) -> Settings:
+    return build_settings(**merge_env(env_config(), overrides))
+
+
+def test_endpoint_override_replaces_the_environment_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SAT_OAUTH_TOKEN_ENDPOINT", "https://as.example/token")
+    monkeypatch.setenv("SAT_OAUTH_TOKEN_FILE", "/var/run/secrets/tokens/token")
+    settings = settings_from_env({"issuer": "https://issuer.example"})
+    assert settings.issuer == "https://issuer.example"
+    assert settings.token_endpoint is None
 
 
 def test_env_config_empty() -> None:
