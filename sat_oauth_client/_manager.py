@@ -191,9 +191,9 @@ class TokenManager(_ManagerBase[threading.Event]):
 
     def get_token(self, force_refresh: bool = False) -> AccessToken:
         """A usable access token. `force_refresh=True` drops the cache first."""
-        entry = self._state.entry
-        if not force_refresh and entry is not None and self._clock() < entry.refresh_at:
-            return entry.token
+        fast = self._state.fast  # lock-free: fresh, or a refresh already running or backing off
+        if not force_refresh and fast is not None and self._clock() < fast[1]:
+            return fast[0]
         decision, value = self._decide(force_refresh, threading.Event)
         if decision is Decision.USE_CACHED:
             return value  # type: ignore[no-any-return]
@@ -273,9 +273,9 @@ class AsyncTokenManager(_ManagerBase[anyio.Event]):
 
     async def get_token(self, force_refresh: bool = False) -> AccessToken:
         """A usable access token. `force_refresh=True` drops the cache first."""
-        entry = self._state.entry
-        if not force_refresh and entry is not None and self._clock() < entry.refresh_at:
-            return entry.token
+        fast = self._state.fast  # lock-free: fresh, or a refresh already running or backing off
+        if not force_refresh and fast is not None and self._clock() < fast[1]:
+            return fast[0]
         decision, value = self._decide(force_refresh, anyio.Event)
         if decision is Decision.USE_CACHED:
             return value  # type: ignore[no-any-return]

@@ -107,6 +107,19 @@ class TokenState:
         self.retry_not_before = -math.inf
         self.refusal: BaseException | None = None
         self.refusal_until = -math.inf
+        # (token, until): before `until`, decide() would say USE_CACHED. Published as one tuple so
+        # the shells' lock-free fast path reads token and deadline consistently.
+        self.fast: tuple[AccessToken, float] | None = None
+
+    def _publish(self) -> None:
+        entry = self.entry
+        if entry is None:
+            self.fast = None
+        elif self.in_flight:
+            self.fast = (entry.token, entry.usable_until)
+        else:
+            until = min(entry.usable_until, max(entry.refresh_at, self.retry_not_before))
+            self.fast = (entry.token, until)
 
     def decide(self, now: float) -> Decision:
         entry = self.entry
@@ -123,6 +136,7 @@ class TokenState:
     def begin(self) -> None:
         """A refresh starts (after REFRESH_IN_BACKGROUND or REFRESH_AND_WAIT)."""
         self.in_flight = True
+        self._publish()
 
     def succeeded(self, token: AccessToken, obtained_at: float) -> CacheEntry:
         self.in_flight = False
@@ -130,6 +144,7 @@ class TokenState:
         self.retry_not_before = -math.inf
         self.refusal, self.refusal_until = None, -math.inf
         self.entry = self.policy.schedule(token, obtained_at, self.rng.random())
+        self._publish()
         return self.entry
 
     def failed(self, error: BaseException, now: float) -> None:
@@ -140,6 +155,7 @@ class TokenState:
         self.retry_not_before = now + pause
         if is_permanent(error):
             self.refusal, self.refusal_until = error, now + self.policy.refusal_seconds
+        self._publish()
 
     def invalidate(self, token: AccessToken | str | None = None) -> bool:
         """Drop the cached token; with `token`, only if it is still that one (compare-and-clear)."""
@@ -151,4 +167,5 @@ class TokenState:
             if entry.token.access_token != value:
                 return False
         self.entry = None
+        self._publish()
         return True

@@ -240,7 +240,8 @@ async def test_advisory_window_serves_cached_without_waiting(
         assert all(token is first for token in results)
         assert await wait_for_requests(server, 2)
         assert spy.count(Decision.REFRESH_IN_BACKGROUND) == 1
-        assert spy.count(Decision.USE_CACHED) == 99
+        # the others were served cached: by decide() or by the lock-free fast path
+        assert spy.count(Decision.JOIN_IN_FLIGHT) == spy.count(Decision.REFRESH_AND_WAIT) == 0
         hold.set()
         await wait_background_refresh(manager)
         fresh = await manager.get_token()

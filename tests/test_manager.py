@@ -271,7 +271,8 @@ def test_advisory_window_serves_cached_without_waiting(
         assert all(token is first for token in results)
         assert server.wait_for_requests(2)
         assert spy.count(Decision.REFRESH_IN_BACKGROUND) == 1
-        assert spy.count(Decision.USE_CACHED) == 15
+        # the others were served cached: by decide() or by the lock-free fast path
+        assert spy.count(Decision.JOIN_IN_FLIGHT) == spy.count(Decision.REFRESH_AND_WAIT) == 0
         assert manager.get_token() is first  # still served while the refresh is held
     finally:
         hold.set()

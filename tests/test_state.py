@@ -6,6 +6,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sat_oauth_client import AccessToken, OAuthError, TokenEndpointError, TokenFileError
 from sat_oauth_client._state import CacheEntry, Decision, RefreshPolicy, TokenState
@@ -406,3 +408,46 @@ def test_succeeded_returns_the_entry() -> None:
     assert isinstance(entry, CacheEntry)
     assert entry is state.entry
     assert not state.in_flight
+
+
+# -- the published fast path agrees with decide() ------------------------------------------------
+
+
+@given(
+    lifetime=st.floats(min_value=1, max_value=86_400),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["begin", "ok", "fail", "refuse", "invalidate"]),
+            st.floats(min_value=0, max_value=1.5),
+        ),
+        max_size=8,
+    ),
+    probe=st.floats(min_value=0, max_value=1.5),
+)
+def test_fast_path_says_cached_exactly_when_decide_does(
+    lifetime: float, steps: list[tuple[str, float]], probe: float
+) -> None:
+    """The shells' lock-free check (`now < state.fast[1]`) must never serve a token that
+    decide() would refresh, and should serve whenever decide() says USE_CACHED."""
+    t0 = 1_000_000.0
+    state = TokenState(RefreshPolicy(), rng=random.Random(7))
+    state.succeeded(AccessToken("at", expires_at=t0 + lifetime), t0)
+    for action, fraction in steps:
+        now = t0 + fraction * lifetime
+        if action == "begin":
+            state.begin()
+        elif action == "ok":
+            state.succeeded(AccessToken("at2", expires_at=now + lifetime), now)
+        elif action == "fail":
+            state.failed(TokenEndpointError("down", status_code=503), now)
+        elif action == "refuse":
+            state.failed(OAuthError("invalid_client", status_code=401), now)
+        else:
+            state.invalidate()
+    now = t0 + probe * lifetime
+    fast_says_cached = state.fast is not None and now < state.fast[1]
+    assert fast_says_cached == (state.decide(now) is Decision.USE_CACHED)
+    if fast_says_cached:
+        assert state.entry is not None
+        assert state.fast is not None
+        assert state.fast[0] is state.entry.token
