@@ -127,3 +127,12 @@ def test_a_dead_directory_watcher_is_replaced(tmp_path: Path) -> None:
     finally:
         first.close()
     assert watcher_thread_count() == 0
+
+
+def test_the_local_as_refuses_a_multi_valued_audience(
+    fake_kubelet: FakeKubelet, local_as: LocalAuthorizationServer
+) -> None:
+    fake_kubelet.rotate(aud=[local_as.issuer, "https://other.example"])
+    with pytest.raises(OAuthError) as caught:
+        fetch_token(token_endpoint=local_as.token_endpoint, token_file=fake_kubelet.token_path)
+    assert caught.value.error == "invalid_client"

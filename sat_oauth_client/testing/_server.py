@@ -218,6 +218,9 @@ class LocalAuthorizationServer:
             return ("invalid_client", "aud must be this server's issuer")
         except jwt.PyJWTError as exc:
             return ("invalid_client", f"assertion rejected: {type(exc).__name__}")
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) != 1:  # as Keycloak and RFC 7523bis demand
+            return ("invalid_client", "aud must be exactly one value: this server's issuer")
         sub = claims.get("sub")
         if not self._accept_any_subject and sub not in self._clients:
             return ("invalid_client", "unknown subject")
