@@ -33,6 +33,10 @@ class SatClaims:
         return _number(self.raw.get("exp"))
 
     @property
+    def nbf(self) -> float | None:
+        return _number(self.raw.get("nbf"))
+
+    @property
     def iat(self) -> float | None:
         return _number(self.raw.get("iat"))
 

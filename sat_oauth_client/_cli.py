@@ -34,8 +34,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
-from ._claims import SatClaims, fingerprint, sat_warnings
-from ._config import GRANTS, env_config
+from ._claims import KEYCLOAK_MAX_AGE, SatClaims, fingerprint, sat_warnings
+from ._claims import _number as _claim_number
+from ._config import GRANTS, LEGACY_API_SERVER_TOKEN, env_config
 from ._exceptions import (
     ConfigurationError,
     SatOAuthError,
@@ -55,7 +56,6 @@ EXIT_INTERRUPTED = 130
 _LOGGER_NAME = "sat_oauth_client"
 _ENTRA_AUDIENCE = "api://AzureADTokenExchange"  # also in _claims.EXCHANGE_AUDIENCES
 _ENTRA_HOSTS = ("login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us")
-_KEYCLOAK_MAX_AGE = 3600.0
 _RACE_WINDOW = 1.0  # demo: a request this soon after a rotation may carry the previous SAT
 _GRANT_NAMES = {
     "client_credentials": "client_credentials",
@@ -391,7 +391,7 @@ def _is_entra(claims: SatClaims, issuer: str | None) -> bool:
 def _lifetime_warnings(claims: SatClaims, now: float) -> list[str]:
     warnings: list[str] = []
     exp, iat = claims.exp, claims.iat
-    nbf = _number(claims.raw.get("nbf"))
+    nbf = claims.nbf
     if exp is not None and exp <= now:
         warnings.append(
             f"the token EXPIRED {_ago(now - exp)} ago; the kubelet should have rotated it at 80 % "
@@ -437,8 +437,8 @@ def _interop_notes(
             f"and sub {claims.sub!r} exactly"
         )
     else:
-        young = iat is None or now - iat <= _KEYCLOAK_MAX_AGE  # else sat_warnings already says
-        if exp is not None and iat is not None and exp - iat > _KEYCLOAK_MAX_AGE and young:
+        young = iat is None or now - iat <= KEYCLOAK_MAX_AGE  # else sat_warnings already says
+        if exp is not None and iat is not None and exp - iat > KEYCLOAK_MAX_AGE and young:
             notes.append(
                 f"Keycloak refuses tokens issued more than 3600 s ago; this one lives "
                 f"{int(exp - iat)} s and is rotated only at 80 % of that: set the projected "
@@ -453,7 +453,7 @@ def _interop_notes(
             notes.append("Keycloak: client_id is not needed (sub identifies the client); omit it")
     if issuer is None and not entra:
         notes.append("pass --issuer (or set SAT_OAUTH_ISSUER) to check aud against the AS issuer")
-    if os.path.normpath(path) == "/var/run/secrets/kubernetes.io/serviceaccount/token":
+    if os.path.normpath(path) == LEGACY_API_SERVER_TOKEN:
         notes.append(
             "this path holds the Kubernetes API token; it must not be sent to another party: "
             "mount a projected serviceAccountToken with the AS as its audience"
@@ -470,12 +470,6 @@ def _host(url: str | None) -> str | None:
         return httpx.URL(url).host or None
     except (httpx.InvalidURL, TypeError):
         return None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _iso(epoch: float) -> str:
@@ -544,7 +538,7 @@ def _render_inspection(report: Inspection) -> str:
     else:
         lifetime = f", lifetime {_ago(exp - iat)}" if exp is not None and exp > iat else ""
         row("iat", f"{_iso(iat)}  age {_ago(now - iat)}{lifetime}")
-    nbf = _number(raw.get("nbf"))
+    nbf = _claim_number(raw.get("nbf"))
     row("nbf", "(none)" if nbf is None else _iso(nbf))
     row("jti", "present" if raw.get("jti") else "absent")
     k8s = raw.get("kubernetes.io")
