@@ -141,6 +141,11 @@ class Exchange:
         while True:
             do = retrying.iter(state)
             if isinstance(do, tenacity.DoAttempt):
+                timeout = self.policy.attempt_timeout(state, self.settings.timeout)
+                request.extensions = {
+                    **request.extensions,
+                    "timeout": httpx.Timeout(timeout).as_dict(),
+                }
                 try:
                     response = yield Send(request)
                 except httpx.TransportError:

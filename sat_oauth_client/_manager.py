@@ -203,7 +203,11 @@ class TokenManager(_ManagerBase[threading.Event]):
                 target=self._refresh, args=(flight, True), name="sat-oauth-refresh", daemon=True
             )
             self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # e.g. at interpreter shutdown: never leave a flight open
+                self._threads.discard(thread)
+                self._settle(flight, self._clock(), None, exc, background=True)
             return token  # type: ignore[no-any-return]
         flight = value
         if decision is Decision.REFRESH_AND_WAIT:
@@ -235,7 +239,11 @@ class TokenManager(_ManagerBase[threading.Event]):
         except BaseException as exc:  # waiters must always be woken, whatever happened
             error = exc
         finally:
-            self._settle(flight, obtained_at, token, error, background)
+            # a KeyboardInterrupt belongs to this thread alone: the waiters get a plain error
+            shared = error
+            if error is not None and not isinstance(error, Exception):
+                shared = SatOAuthError("token refresh was interrupted")
+            self._settle(flight, obtained_at, token, shared, background)
             self._threads.discard(threading.current_thread())
         if error is not None and not isinstance(error, Exception):
             raise error

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["AccessToken"]
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,12 @@ class AccessToken:
     scope: str | None = None
     issued_token_type: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", types.MappingProxyType(dict(self.extra)))
+
+    def __hash__(self) -> int:  # `extra` is a mapping: hash the fields that identify the token
+        return hash((self.access_token, self.token_type, self.expires_at, self.scope))
 
     def __repr__(self) -> str:
         return (

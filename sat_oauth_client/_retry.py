@@ -12,6 +12,7 @@ __all__ = ["RetryPolicy"]
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ class RetryPolicy:
     rng: random.Random = dataclasses.field(default_factory=random.Random)
 
     def _remaining(self, state: tenacity.RetryCallState) -> float:
-        elapsed = max(state.seconds_since_start or 0.0, state.idle_for)
+        elapsed = max(time.monotonic() - state.start_time, state.idle_for)
         return self.budget - elapsed
 
     def _retry_after(self, state: tenacity.RetryCallState) -> float | None:
@@ -52,6 +53,10 @@ class RetryPolicy:
         if not isinstance(response, httpx.Response):
             return None
         return retry_after_seconds(response, self.clock())
+
+    def attempt_timeout(self, state: tenacity.RetryCallState, timeout: float) -> float:
+        """The request timeout for the next attempt: never past the budget (at least 0.1 s)."""
+        return max(0.1, min(timeout, self._remaining(state)))
 
     def stop(self, state: tenacity.RetryCallState) -> bool:
         return state.attempt_number >= self.attempts or self._remaining(state) <= 0

@@ -72,13 +72,9 @@ class FileTokenSource:
         self._lock = threading.Lock()
         self._snapshot: SatSnapshot | None = None
         self._subscription: _watch.Subscription | None = None
+        self._watch = watch
         if watch:
-            directory = os.path.dirname(os.path.abspath(self.path)) or "."
-            names = frozenset((os.path.basename(self.path), "..data"))
-            try:
-                self._subscription = _watch.subscribe(directory, names, self._on_change)
-            except OSError:
-                logger.debug("token directory cannot be watched yet; relying on stat checks")
+            self._subscribe()
 
     def __repr__(self) -> str:
         return f"FileTokenSource(path={self.path!r}, watching={self._subscription is not None})"
@@ -125,6 +121,7 @@ class FileTokenSource:
 
     def close(self) -> None:
         """Stop watching (the shared thread ends with its last user). Idempotent."""
+        self._watch = False
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             subscription.close()
@@ -136,6 +133,18 @@ class FileTokenSource:
         self.close()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path)) or "."
+        names = frozenset((os.path.basename(self.path), "..data"))
+        self._subscription = _watch.subscribe(directory, names, self._on_change)
+
+    def _rewatch_if_dead(self) -> None:
+        """A watch started before the volume was mounted died; after a good read, start again."""
+        subscription = self._subscription
+        if self._watch and subscription is not None and not subscription.alive:
+            subscription.close()
+            self._subscribe()
 
     def _on_change(self) -> None:
         """Watcher thread: drop the cached token and pre-load the new one (errors wait for read)."""
@@ -175,6 +184,7 @@ class FileTokenSource:
                 _testmode.pause(delay)
                 continue
             self._snapshot = snapshot
+            self._rewatch_if_dead()
             return snapshot
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -76,6 +76,17 @@ class Subscription:
         self._key = key
         self._closed = False
 
+    @property
+    def alive(self) -> bool:
+        """Whether a live thread still watches for us (it dies if the directory is missing)."""
+        watcher = _registry.get(self._directory)
+        return (
+            not self._closed
+            and watcher is not None
+            and self._key in watcher.callbacks
+            and (watcher.thread.ident is None or watcher.thread.is_alive())
+        )
+
     def close(self) -> None:
         with _registry_lock:
             if self._closed:

@@ -136,3 +136,111 @@ def test_the_local_as_refuses_a_multi_valued_audience(
     with pytest.raises(OAuthError) as caught:
         fetch_token(token_endpoint=local_as.token_endpoint, token_file=fake_kubelet.token_path)
     assert caught.value.error == "invalid_client"
+
+
+def test_each_attempt_timeout_is_capped_by_the_remaining_budget(
+    fake_kubelet: FakeKubelet,
+) -> None:
+    from sat_oauth_client._config import build_settings
+    from sat_oauth_client._exchange import Exchange, ReadSat, Send, Sleep
+    from sat_oauth_client._source import FileTokenSource
+
+    settings = build_settings(
+        token_endpoint=ENDPOINT, token_file=fake_kubelet.token_path, timeout=10, retry_budget=12
+    )
+    snapshot = FileTokenSource(fake_kubelet.token_path, watch=False).snapshot()
+    flow = Exchange(settings).flow()
+    timeouts: list[float] = []
+    action = next(flow)
+    assert isinstance(action, ReadSat)
+    action = flow.send(snapshot)
+    for _ in range(3):
+        assert isinstance(action, Send)
+        timeouts.append(action.request.extensions["timeout"]["read"])
+        busy = httpx.Response(503, headers={"Retry-After": "5"}, request=action.request)
+        action = flow.send(busy)
+        if not isinstance(action, Sleep):
+            break
+        action = flow.send(None)
+    assert timeouts[0] == 10  # the configured timeout while the budget allows it
+    assert timeouts[1] == pytest.approx(7, abs=0.5)  # 12 s budget - 5 s already waited
+
+
+def test_an_interrupt_in_the_leading_caller_reaches_only_that_caller(
+    fake_kubelet: FakeKubelet, local_as: LocalAuthorizationServer
+) -> None:
+    from sat_oauth_client._state import Decision
+
+    manager = TokenManager(
+        token_endpoint=local_as.token_endpoint, token_file=fake_kubelet.token_path
+    )
+    entered, release, joined = threading.Event(), threading.Event(), threading.Event()
+
+    def interrupted_flow():  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(5)
+        raise KeyboardInterrupt
+        yield  # a generator, like the real flow
+
+    manager._exchange.flow = interrupted_flow  # type: ignore[method-assign]
+    real_decide = manager._state.decide
+
+    def spy(now: float) -> Decision:
+        decision = real_decide(now)
+        if decision is Decision.JOIN_IN_FLIGHT:
+            joined.set()
+        return decision
+
+    manager._state.decide = spy  # type: ignore[method-assign]
+    seen: dict[str, BaseException] = {}
+
+    def call(name: str) -> None:
+        try:
+            manager.get_token()
+        except BaseException as exc:
+            seen[name] = exc
+
+    leader = threading.Thread(target=call, args=("leader",))
+    leader.start()
+    assert entered.wait(5)
+    waiter = threading.Thread(target=call, args=("waiter",))
+    waiter.start()
+    assert joined.wait(5)
+    release.set()
+    leader.join(5)
+    waiter.join(5)
+    manager.close()
+    assert isinstance(seen["leader"], KeyboardInterrupt)
+    assert isinstance(seen["waiter"], SatOAuthError)
+
+
+def test_access_token_is_hashable_and_its_extra_read_only() -> None:
+    from sat_oauth_client import AccessToken
+
+    token = AccessToken("at-1", extra={"refresh_in": 30})
+    assert hash(token) == hash(AccessToken("at-1", extra={"refresh_in": 30}))
+    assert token == AccessToken("at-1", extra={"refresh_in": 30})
+    with pytest.raises(TypeError):
+        token.extra["refresh_in"] = 0  # type: ignore[index]
+
+
+def test_a_source_made_before_its_volume_exists_starts_watching_once_it_appears(
+    tmp_path: Path,
+) -> None:
+    from sat_oauth_client import FileTokenSource
+
+    volume = tmp_path / "volume"
+    kubelet = FakeKubelet(volume)
+    source = FileTokenSource(volume / "token")
+    try:
+        for _ in range(500):  # the first watch dies at once: no directory yet
+            if watcher_thread_count() == 0:
+                break
+            threading.Event().wait(0.01)
+        assert watcher_thread_count() == 0
+        token = kubelet.rotate()
+        assert source.read() == token
+        assert watcher_thread_count() == 1
+    finally:
+        source.close()
+    assert watcher_thread_count() == 0
