@@ -263,7 +263,7 @@ def test_endless_retry_after_beyond_budget_never_sleeps_more_than_the_budget(
 ) -> None:
     run = drive(make_exchange(kubelet), lambda _: status(429, Retry_After="120"), snapshot)
 
-    assert sum(run.sleeps) <= 30.0
+    assert sum(run.sleeps) <= 30.0 + 1e-9  # float sums may round a hair over
     assert isinstance(run.error, TokenEndpointError)
     assert run.error.status_code == 429
     assert len(run.sends) <= 4
@@ -305,7 +305,7 @@ def test_time_budget_stops_before_many_attempts(
     # 0.5 + 1 + 2 + 4 + 8 + 10 = 25.5, then the last wait is cut to what is left of 30 s
     assert run.sleeps[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
     assert sum(run.sleeps) == pytest.approx(30.0, abs=0.01)
-    assert sum(run.sleeps) <= 30.0
+    assert sum(run.sleeps) <= 30.0 + 1e-9  # float sums may round a hair over
     assert len(run.sends) < 100
     assert len(run.sends) <= 9
     assert isinstance(run.error, TokenEndpointError)
@@ -321,7 +321,7 @@ def test_time_budget_with_random_jitter_never_exceeded(
         lambda _: status(503),
         snapshot,
     )
-    assert sum(run.sleeps) <= 30.0
+    assert sum(run.sleeps) <= 30.0 + 1e-9  # float sums may round a hair over
     assert isinstance(run.error, TokenEndpointError)
     assert run.error.status_code == 503
 
