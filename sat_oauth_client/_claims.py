@@ -77,7 +77,7 @@ def fingerprint(token: str) -> str:
 def decode_claims(token: str) -> SatClaims:
     """Decode without verifying. `ValueError` (never echoing the token) if not a JWT."""
     if token.count(".") != 2:
-        raise ValueError("not a JWT (expected three dot-separated parts)")
+        raise ValueError("expected three dot-separated parts")
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:

@@ -18,6 +18,7 @@ from sat_oauth_client import (
     ConfigurationError,
     OAuthError,
     TokenEndpointError,
+    _testmode,
     afetch_token,
     fetch_token,
 )
@@ -149,18 +150,21 @@ def test_fetch_token_sends_optional_fields(mock: respx.MockRouter, sat_file: str
     }
 
 
-def test_fetch_token_retries_a_503_then_succeeds(mock: respx.MockRouter, sat_file: str) -> None:
+def test_fetch_token_retries_a_503_then_succeeds(
+    mock: respx.MockRouter, sat_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     route = mock.post(ENDPOINT).mock(
         side_effect=[
             httpx.Response(503, text="busy", headers={"Retry-After": "1"}),
             httpx.Response(200, json=OK_BODY),
         ]
     )
-    started = time.monotonic()
+    pauses: list[float] = []
+    monkeypatch.setattr(_testmode, "pause", pauses.append)
     token = fetch_token(**_config(sat_file))
     assert token.access_token == "at-xyz"
     assert route.call_count == 2
-    assert time.monotonic() - started < 1.0  # test mode: the 1 s Retry-After is not slept
+    assert pauses == [1.0]  # the Retry-After wait was asked for (test mode skips sleeping it)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -342,15 +346,18 @@ async def test_afetch_token_refuses_sync_client(mock: respx.MockRouter, sat_file
 # --------------------------------------------------------------------------- transport errors
 
 
-def test_fetch_token_transport_error_after_retries(mock: respx.MockRouter, sat_file: str) -> None:
+def test_fetch_token_transport_error_after_retries(
+    mock: respx.MockRouter, sat_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     route = mock.post(ENDPOINT).mock(side_effect=httpx.ConnectError)
-    started = time.monotonic()
+    pauses: list[float] = []
+    monkeypatch.setattr(_testmode, "pause", pauses.append)
     with pytest.raises(TokenEndpointError) as info:
         fetch_token(**_config(sat_file))
     assert info.value.status_code is None
     assert route.call_count == 4
     assert "ConnectError" in str(info.value)
-    assert time.monotonic() - started < 5.0
+    assert len(pauses) == 3  # three backoff waits between four attempts
 
 
 @pytest.mark.anyio

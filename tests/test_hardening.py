@@ -113,11 +113,12 @@ def test_a_dead_directory_watcher_is_replaced(tmp_path: Path) -> None:
     missing = tmp_path / "not-yet"
     first = subscribe(str(missing), frozenset({"token"}), lambda: None)
     try:
-        # the thread dies at once: the directory does not exist
+        # the thread dies at once: the directory does not exist (bounded wait for that condition)
         for _ in range(500):
             if watcher_thread_count() == 0:
                 break
             threading.Event().wait(0.01)
+        assert watcher_thread_count() == 0
         missing.mkdir()
         second = subscribe(str(missing), frozenset({"token"}), lambda: None)
         try:
