@@ -156,7 +156,7 @@ def parse_token_response(
     if len(response.content) > MAX_RESPONSE_BYTES:
         raise _fail(response, "body larger than 1 MiB", requested_at)
     if 300 <= response.status_code < 400:
-        location = response.headers.get("Location", "?")
+        location = scrub(response.headers.get("Location", "?"), secrets)
         raise _fail(response, f"redirect to {location} not followed (check the URL)", requested_at)
     try:
         body = json.loads(response.content) if response.content else None

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 
+import jwt
 import pytest
 
 from sat_oauth_client import __version__
@@ -383,17 +386,81 @@ def test_python_m_help() -> None:
         assert command in result.stdout
 
 
-def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["demo", "--duration", "3"])
+# A 2.5 s SAT rotates at 2 s, and the 1 s access token is refreshed every 0.5 s, so a 3.5 s run
+# sees SAT #2 written and then carried by a token request.
+DEMO_ARGS = [
+    "--sat-lifetime",
+    "2.5",
+    "--token-lifetime",
+    "1",
+    "--interval",
+    "0.1",
+    "--duration",
+    "3.5",
+]
+
+
+def test_demo_runs_end_to_end_with_rotations_and_refreshes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    code = main(["demo", *DEMO_ARGS])
+    elapsed = time.monotonic() - started
     out, err = capsys.readouterr()
     assert code == 0, out + err
-    assert "SAT #1" in out
-    assert "token request (client_credentials)" in out
-    assert "the current SAT" in out
-    assert "issued access token #1" in out
-    assert "GET /resource -> 200" in out
-    assert "all OK" in out
+    assert elapsed < 8, elapsed
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
+
+    # the kubelet rotated: a second SAT was written, and the client's next request carried it
+    assert re.search(r"kubelet +SAT #1 sat:[0-9a-f]{12} written \(valid 2\.5 s\)", out), out
+    assert re.search(r"kubelet +SAT #2 sat:[0-9a-f]{12} written \(valid 2\.5 s\)", out), out
+    assert "SAT #3" not in out
+    with_sat = re.findall(r"token request \(client_credentials\) with sat:\w+ \(#(\d)\), (.*)", out)
+    assert {number for number, _ in with_sat} == {"1", "2"}, out
+    assert {which for _, which in with_sat} == {"the current SAT"}, out
+
+    # the 1 s access token was replaced several times, always before the old one ran out
+    issued = [int(n) for n in re.findall(r"issued access token #(\d+) at:[0-9a-f]{12}", out)]
+    assert issued == list(range(1, len(issued) + 1))
+    assert len(issued) >= 3, out
+    used = set(re.findall(r"GET /resource -> \d+ with at:[0-9a-f]{12} \(#(\d+)\)", out))
+    assert len(used) >= 3, out  # the client moved on to new tokens, not just the AS issuing them
+
+    # only 200s, no failed call, no stale SAT, and the verdict says so
+    statuses = re.findall(r"GET /resource -> (\d+)", out)
+    assert statuses, out
+    assert set(statuses) == {"200"}, out
+    for bad in ("no access token", "failed", "NOT the current SAT", "NOT all OK", "after one 401"):
+        assert bad not in out, bad
+    summary = re.search(r"summary \(done after [\d.]+ s\): (.*)", out)
+    assert summary is not None, out
+    assert summary.group(1) == "all OK"
+    assert "  SAT rotations   2 (the first one included)" in out
+    assert f"  access tokens   {len(issued)} issued" in out
+    assert f"  token requests  {len(with_sat)}, all with the current SAT" in out
+    calls = re.search(r"  resource calls  (\d+) \((\d+) x 200\)$", out, re.MULTILINE)
+    assert calls is not None, out
+    assert calls.group(1) == calls.group(2)
+    assert int(calls.group(1)) >= 15  # about one every 0.1 s for 3.5 s
+
+
+@pytest.mark.parametrize("lifetime", [1.5, 3.0])
+def test_demo_kubelet_tokens_outlive_their_rotation(
+    tmp_path: os.PathLike[str], lifetime: float
+) -> None:
+    """What `demo --sat-lifetime 1.5` (accepted, and shown as "valid 1.5 s") runs into: the
+    token lives at most int(1.5) = 1 s, so every call between its expiry and the rotation at
+    1.2 s fails with "no access token" and the demo ends NOT all OK."""
+    from sat_oauth_client import _cli
+
+    now = 1_800_000_000.9  # late in a second: the floored iat costs 0.9 s
+    kubelet = _cli._demo_kubelet(
+        os.path.join(tmp_path, "sat"), "http://127.0.0.1:1", lifetime, lambda *_: None
+    )
+    kubelet.clock = lambda: now
+    claims = jwt.decode(kubelet.mint(), options={"verify_signature": False})
+    assert claims["iat"] == int(now)
+    assert claims["exp"] - now > 0.8 * lifetime  # still valid when start_rotation replaces it
 
 
 def test_demo_ctrl_c_ends_cleanly_with_a_summary(

@@ -8,6 +8,7 @@ __all__ = ["FakeKubelet", "atomic_write"]
 import base64
 import datetime
 import json
+import math
 import os
 import secrets
 import threading
@@ -127,10 +128,12 @@ class FakeKubelet:
     def mint(self, *, lifetime: float | None = None, **overrides: Any) -> str:
         """A signed token shaped like a bound service account token; claims can be overridden
         (pass a claim as None to drop it)."""
-        now = int(self.clock())
+        now_exact = self.clock()
+        now = int(now_exact)
         claims: dict[str, Any] = {
             "aud": list(self.audience),
-            "exp": now + int(self.lifetime if lifetime is None else lifetime),
+            # rounded up: a 1.5 s token must not expire before its rotation at 80 %
+            "exp": math.ceil(now_exact + (self.lifetime if lifetime is None else lifetime)),
             "iat": now,
             "iss": self.issuer,
             "jti": str(uuid.uuid4()),
