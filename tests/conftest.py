@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import jwt
 import pytest
 
 from sat_oauth_client.testing import testing_mode
@@ -41,3 +44,29 @@ def clock() -> FakeClock:
 @pytest.fixture
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return "asyncio"
+
+
+HS_KEY = "a-test-hmac-key-that-is-at-least-32-bytes-long"
+
+
+@pytest.fixture
+def write_sat(tmp_path: Path) -> Callable[[str], tuple[str, str]]:
+    """For respx tests, which need no verifiable signature: write an HS256 token shaped like a
+    service account token (with a trailing newline, as some writers leave) and return
+    (token, path)."""
+
+    def write(audience: str) -> tuple[str, str]:
+        now = int(time.time())
+        claims = {
+            "iss": "https://oidc.cluster.example",
+            "sub": "system:serviceaccount:ns:app",
+            "aud": audience,
+            "iat": now,
+            "exp": now + 3600,
+        }
+        token = jwt.encode(claims, HS_KEY, algorithm="HS256")
+        path = tmp_path / "token"
+        path.write_text(token + "\n")
+        return token, str(path)
+
+    return write

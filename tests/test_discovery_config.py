@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-import jwt
 import pytest
 import respx
 
@@ -22,7 +20,6 @@ from sat_oauth_client import (
 from sat_oauth_client._config import Settings, build_settings, env_config, merge_env
 from sat_oauth_client._discovery import metadata_urls
 
-HS_KEY = "a-test-hmac-key-that-is-at-least-32-bytes-long"
 ISSUER = "https://as.example/realms/demo"
 RFC8414_URL = "https://as.example/.well-known/oauth-authorization-server/realms/demo"
 OPENID_URL = "https://as.example/realms/demo/.well-known/openid-configuration"
@@ -37,23 +34,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sat() -> str:
-    now = int(time.time())
-    claims = {
-        "iss": "https://oidc.cluster.example",
-        "sub": "system:serviceaccount:ns:app",
-        "aud": ISSUER,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, HS_KEY, algorithm="HS256")
+def sat_and_file(write_sat: Callable[[str], tuple[str, str]]) -> tuple[str, str]:
+    return write_sat(ISSUER)
 
 
 @pytest.fixture
-def sat_file(tmp_path: Path, sat: str) -> str:
-    path = tmp_path / "token"
-    path.write_text(sat)
-    return str(path)
+def sat(sat_and_file: tuple[str, str]) -> str:
+    return sat_and_file[0]
+
+
+@pytest.fixture
+def sat_file(sat_and_file: tuple[str, str]) -> str:
+    return sat_and_file[1]
 
 
 @pytest.fixture

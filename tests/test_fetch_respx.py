@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-import jwt
 import pytest
 import respx
 
@@ -25,7 +23,6 @@ from sat_oauth_client import (
 
 ENDPOINT = "https://as.example/oauth2/token"
 ISSUER = "https://as.example"
-HS_KEY = "a-test-hmac-key-that-is-at-least-32-bytes-long"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 OK_BODY: dict[str, Any] = {"access_token": "at-xyz", "token_type": "bearer", "expires_in": 600}
 
@@ -36,23 +33,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sat() -> str:
-    now = int(time.time())
-    claims = {
-        "iss": "https://oidc.cluster.example",
-        "sub": "system:serviceaccount:ns:app",
-        "aud": ISSUER,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, HS_KEY, algorithm="HS256")
+def sat_and_file(write_sat: Callable[[str], tuple[str, str]]) -> tuple[str, str]:
+    return write_sat(ISSUER)
 
 
 @pytest.fixture
-def sat_file(tmp_path: Path, sat: str) -> str:
-    path = tmp_path / "token"
-    path.write_text(sat + "\n")
-    return str(path)
+def sat(sat_and_file: tuple[str, str]) -> str:
+    return sat_and_file[0]
+
+
+@pytest.fixture
+def sat_file(sat_and_file: tuple[str, str]) -> str:
+    return sat_and_file[1]
 
 
 @pytest.fixture
